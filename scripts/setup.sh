@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs everything the project needs on a fresh Debian machine: system packages
+# (tshark for evidence, pcscd + vpcd for the smartcard path, build deps of pyscard),
+# the Python virtual environment, and the npm peers used for interoperability.
+# Idempotent: each step is skipped when already satisfied. Needs no standard input.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(tshark pcscd vsmartcard-vpcd libpcsclite-dev swig tcpdump)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  echo "setup: installing Debian packages: ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "setup: installing Python packages"
+  .venv/bin/pip install -q --upgrade pip 2>&1 | grep -v '^WARNING' || true
+  .venv/bin/pip install -q -e . 2>&1 | grep -v '^WARNING' || true
+  .venv/bin/python -c "import aiocoap, mbedtls, smartcard, cbor2, scapy, allure_pytest" # fail loudly
+  touch "$stamp"
+fi
+
+if [ -f interop/package.json ] && command -v npm >/dev/null 2>&1; then
+  if [ ! -d interop/node_modules ] || [ interop/package.json -nt interop/node_modules ]; then
+    echo "setup: installing npm peers (interop/)"
+    (cd interop && npm ci --no-audit --no-fund --loglevel=error 2>&1 | grep -v 'npm warn' || true)
+    touch interop/node_modules
+  fi
+fi
