@@ -12,7 +12,7 @@ REGISTRY_DIR = FsPath(__file__).resolve().parents[2] / "shared" / "lwm2m-registr
 needs_registry = pytest.mark.skipif(not REGISTRY_DIR.is_dir(),
                                     reason=f"OMA registry snapshot not present at {REGISTRY_DIR}")
 
-SHIPPED = {0: "1.1", 1: "1.1", 2: "1.1", 3: "1.1", 4: "1.1", 5: "1.0", 7: "1.0", 21: "1.1", 10243: "2.0"}
+SHIPPED = {0: "1.1", 1: "1.1", 2: "1.1", 3: "1.1", 4: "1.1", 5: "1.0", 7: "1.0", 21: "1.1", 504: "1.0", 10243: "2.0"}
 
 MINIMAL = """<?xml version="1.0" encoding="UTF-8"?>
 <LWM2M><Object ObjectType="MODefinition">
