@@ -38,7 +38,7 @@ server.start(config.server, (err, info) => {
     events.push({ type: 'deregistered', endpoint: dev && dev.name });
     cb();
   });
-  server.setHandler(info, 'updateRegistration', (obj, cb) => {
+  server.setHandler(info, 'updateRegistration', (obj, payload, cb) => {
     events.push({ type: 'updated', endpoint: obj && obj.name });
     cb();
   });
