@@ -75,6 +75,8 @@ def _serve_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=int, default=8080, help="HTTP API port, 0 = any, -1 = off (default %(default)s)")
     p.add_argument("--state-dir", default="lwm2m-server-state", help="directory of the registration store, or :memory: (default %(default)s)")
     p.add_argument("--psk-file", default=None, help="PSK table: identity -> endpoint, key")
+    p.add_argument("--psk", nargs=3, action="append", default=[], metavar=("IDENTITY", "ENDPOINT", "HEXKEY"),
+                   help="one PSK credential (repeatable; added to --psk-file's table); enables CoAPS")
     p.add_argument("--store-sync", default="full", choices=["full", "normal"],
                    help="SQLite synchronous mode: full = fsync every group commit before answering "
                         "(survives power loss); normal = survives a server crash only (default %(default)s)")
@@ -86,7 +88,7 @@ def _serve_parser() -> argparse.ArgumentParser:
 async def _serve(args: argparse.Namespace) -> int:
     import gc
 
-    from reference.server.security import PskFileError, PskTable
+    from reference.server.security import PskEntry, PskFileError, PskTable
     from reference.server.server import LwM2MServer
 
     table = None
@@ -96,8 +98,16 @@ async def _serve(args: argparse.Namespace) -> int:
         except PskFileError as e:
             print(f"lwm2m-server: {e}", file=sys.stderr)
             return 2
+    for identity, endpoint, hexkey in args.psk:
+        try:
+            key = bytes.fromhex(hexkey)
+        except ValueError:
+            print(f"lwm2m-server: --psk {identity} {endpoint}: key {hexkey!r} is not hexadecimal", file=sys.stderr)
+            return 2
+        table = table or PskTable()
+        table.add(PskEntry(identity.encode(), endpoint, key))
     coaps_port = args.coaps_port
-    if coaps_port is None and args.psk_file:
+    if coaps_port is None and (args.psk_file or args.psk):
         coaps_port = 5684
     server = LwM2MServer(
         coap_host=args.coap_host, coap_port=args.coap_port, coaps_port=coaps_port,
