@@ -11,8 +11,11 @@ setup:
 conformance: setup
 	$(PY) -m pytest conformance -n $(JOBS) --report-dir reports $(ARGS)
 
+# Two pytest sessions: the project's own tests (some run nested pytest sessions of their own),
+# then the conformance suite against the bundled reference implementation.
 test: setup
-	$(PY) -m pytest tests conformance -n $(JOBS) -q $(ARGS)
+	$(PY) -m pytest tests -n $(JOBS) -q $(ARGS)
+	$(PY) -m pytest conformance -n $(JOBS) -q --report-dir reports $(ARGS)
 
 bench: setup
 	$(PY) benchmarks/registration.py

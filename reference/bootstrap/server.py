@@ -43,6 +43,7 @@ import aiocoap.error
 import aiocoap.resource
 from aiocoap import Code, Message
 
+from reference.coap import gate
 from reference.bootstrap.provisioning import ProvisioningError, load_file, parse_text, validate
 from reference.bootstrap.store import DeviceStore, Event, UnknownDevice
 from reference.model.config import DeviceConfig, SecurityMode
@@ -230,6 +231,7 @@ class BootstrapServer:
         self._new_event = asyncio.Event()
         self.context = await aiocoap.Context.create_server_context(
             self.build_site(), bind=(host, port), transports=["udp6"], loggername="lwm2m.bootstrap.coap")
+        gate.install(self.context)  # RFC 7252 format errors / critical options aiocoap lets through
         mi = self.context.request_interfaces[0].token_interface.message_interface  # type: ignore[attr-defined]
         bound_port = int(mi.transport.get_extra_info("socket").getsockname()[1])
         self.coap_address = (host, bound_port)

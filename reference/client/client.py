@@ -41,6 +41,8 @@ from typing import Any, Callable, Iterable
 from urllib.parse import urlsplit
 
 import aiocoap
+
+from reference.coap import gate
 from aiocoap import Code, Message
 from aiocoap import interfaces as coap_interfaces
 from aiocoap.numbers.types import CON, NON, RST
@@ -268,6 +270,7 @@ class LwM2MClient:
         self.ctx = await aiocoap.Context.create_server_context(
             site, bind=(self.options.local_host, self.options.local_port), transports=["udp6"])
         self._hook_message_layer()
+        gate.install(self.ctx)  # RFC 7252 format errors / critical options aiocoap lets through
         self.local_address = self._bound_address()
         cfg_loaded = await self.load_bootstrap_information()
         if not self.endpoint:

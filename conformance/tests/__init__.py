@@ -1,0 +1,1 @@
+"""Conformance test cases (run with the plugin in conformance/plugin.py)."""
