@@ -206,7 +206,8 @@ class Recorder:
         if pcap:
             (self.dir / "tshark.txt").write_text(result["tshark"] + "\n")
         if self.datagrams:
-            svg = sequence_svg([d.as_json() for d in self.datagrams])
+            uid = hashlib.sha1(str(self.dir).encode()).hexdigest()[:10]  # unique once inlined
+            svg = sequence_svg([d.as_json() for d in self.datagrams], uid=uid)
             (self.dir / "exchange.svg").write_text(svg)
             result["svg"] = str(self.dir / "exchange.svg")
         result.update(extra)

@@ -9,7 +9,10 @@ What it adds (docs/report.md describes the outputs):
 * markers ``requirement(*labels)`` (mandatory on conformance tests), ``case(id)`` (mandatory, the
   stable test-case ID), ``ics(*features)``, ``role(*roles)``; violations are collection errors
 * the option group "lwm2m conformance" (``--dut``, ``--requirement``, ``--case``,
-  ``--list-requirements``, ``--report-dir``, ``--dut-timeout``, ``--scale``, ``--catalogue``)
+  ``--list-requirements``, ``--report-dir``, ``--dut-timeout``, ``--scale``, ``--catalogue``,
+  ``--baseline``)
+* with ``--baseline FILE`` (conformance/baseline.py): every verdict compared with the expected
+  one; the exit status is non-zero only for differences (verdicts themselves are never changed)
 * verdicts (conformance/verdicts.py) mapped onto pytest outcomes, h2spec-style failure text
 * fixtures for test authors: ``dut``, ``make_dut``, ``dut_profile``, ``make_proxy``,
   ``evidence``, ``catalogue``, ``scale``, ``dut_factory``, ``conformance_config``
@@ -34,6 +37,7 @@ import pytest
 
 from conformance import evidence as ev
 from conformance.adapters import adapter_class
+from conformance.baseline import Baseline, load_baseline
 from conformance.catalogue import DEFAULT_CATALOGUE, Catalogue, load_catalogue
 from conformance.harness.dut import Dut
 from conformance.harness.process import DutCrashed
@@ -83,6 +87,12 @@ def _existing_profile(text: str) -> str:
     return str(p)
 
 
+def _existing_file(text: str) -> str:
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"no baseline file {text!r}")
+    return text
+
+
 def _nonempty(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
@@ -110,6 +120,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="number of simulated devices for the scale tests (default 10)")
     g.addoption("--catalogue", default=None, metavar="FILE",
                 help="requirement catalogue (default: fixtures/requirements.toml; ini: lwm2m_catalogue)")
+    g.addoption("--baseline", default=None, metavar="FILE", type=_existing_file,
+                help="expected verdicts per implementation and test case (TOML, docs/report.md), each non-pass one "
+                     "with its reason. The verdicts are reported unchanged and marked as matching or differing; the "
+                     "exit status is non-zero only when a verdict differs from the baseline (a regression or an "
+                     "unexpected pass). Cases without an entry are expected to pass or be unsupported. A malformed "
+                     "file stops the run before any test (file:line).")
     parser.addini("lwm2m_catalogue", "requirement catalogue file (relative to the rootdir)", default="")
 
 
@@ -128,6 +144,7 @@ class ConformanceConfig:
     case_ids: list[str]
     is_worker: bool
     selected_labels: set[str] | None = None
+    baseline: Baseline | None = None
     coverage: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     cases_seen: dict[str, str] = field(default_factory=dict)
     results: Any = None
@@ -218,22 +235,29 @@ def pytest_configure(config: pytest.Config) -> None:
         except ValueError as exc:
             raise pytest.UsageError(str(exc)) from None
     is_worker = getattr(config, "workerinput", None) is not None
+    baseline = None
+    if config.getoption("baseline", None) and not is_worker:
+        try:
+            baseline = load_baseline((config.invocation_params.dir / config.getoption("baseline")).resolve())
+        except DataFileError as exc:
+            raise pytest.UsageError(f"baseline: {exc}") from None
     cc = ConformanceConfig(catalogue=catalogue, profiles=profiles, report_dir=_report_dir(config),
                            dut_timeout=config.getoption("dut_timeout"), scale=config.getoption("scale"),
                            requirement_patterns=patterns, case_ids=list(config.getoption("case")),
-                           is_worker=is_worker, selected_labels=selected)
+                           is_worker=is_worker, selected_labels=selected, baseline=baseline)
     config.stash[CONFIG_KEY] = cc
-    if cc.report_dir is not None:
-        from conformance.report import RunResults, claim_report_dir
+    from conformance.report import RunResults, claim_report_dir
 
+    if cc.report_dir is not None:
         if not is_worker:
             cc.report_dir = claim_report_dir(cc.report_dir)
             if not config.option.xmlpath:
                 config.option.xmlpath = str(cc.report_dir / "junit.xml")
-            cc.results = RunResults(cc)
-            config.pluginmanager.register(_Controller(config, cc), f"lwm2m-controller-{id(config)}")
         if hasattr(config.option, "allure_report_dir") and not config.option.allure_report_dir:
             config.option.allure_report_dir = str(cc.report_dir / "allure-results")
+    if not is_worker and (cc.report_dir is not None or cc.baseline is not None):
+        cc.results = RunResults(cc)
+        config.pluginmanager.register(_Controller(config, cc), f"lwm2m-controller-{id(config)}")
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -259,6 +283,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     for p in cc.profiles:
         lines.append(f"  DUT {p.role:<16} {p.name} {p.version}  [{p.path}]")
         lines.append(f"      ICS {p.ics.summary()}")
+    if cc.baseline is not None:
+        lines.append(f"  baseline: {cc.baseline.path} ({len(cc.baseline.entries)} expectations)")
     lines.append(f"  report dir: {cc.report_dir or '(none: not a conformance run)'}"
                  + (f"  dut-timeout: {cc.dut_timeout:g}s" if cc.dut_timeout else "") + f"  scale: {cc.scale}")
     if cc.requirement_patterns or cc.case_ids:
@@ -498,14 +524,40 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     props.append(("requirement", ",".join(_labels(item))))
     props.append(("case", _case(item) or ""))
     props.append(("dut", "+".join(p.id for p in profiles.values() if isinstance(p, Profile))))
+    props.append(("implementation", "+".join(p.name for p in profiles.values() if isinstance(p, Profile))))
+    props.append(("instance", _instance_id(item)))
     props.append(("roles", ",".join(profiles)))
     doc = (getattr(item, "obj", None).__doc__ or "").strip() if getattr(item, "obj", None) else ""
-    props.append(("title", doc.splitlines()[0] if doc else item.name))
+    title = doc.splitlines()[0] if doc else item.name
+    cid = next((m.args[0] for m in item.iter_markers("case") if m.args), None)
+    if cid and title.startswith(cid):  # the case ID is shown beside the title already
+        title = title[len(cid):].lstrip(" :—-") or title
+    props.append(("title", title))
     # ICS: the DUT must claim every feature, else the verdict is unsupported
     for feature in _features(item):
         for role, prof in profiles.items():
             if isinstance(prof, Profile) and not prof.ics.supports(feature):
                 raise Unsupported(f"{prof.name} {prof.version} ({role}) does not claim ICS feature {feature!r}")
+
+
+def _instance_id(item: pytest.Item) -> str:
+    """The parametrization ID of an item without its DUT part: ``lt=abc`` for
+    ``test_x[lwm2m-reference-server-0.1.0-lt=abc]``, ``""`` when only the DUT parametrizes it."""
+    cs = getattr(item, "callspec", None)
+    if cs is None:
+        return ""
+    full = cs.id
+    prof = "+".join(p.id if isinstance(p, Profile) else f"no-{r}"
+                    for r, p in cs.params.get("lwm2m_profiles", {}).items())
+    if not prof:
+        return full
+    if full == prof:
+        return ""
+    if full.startswith(prof + "-"):
+        return full[len(prof) + 1:]
+    if full.endswith("-" + prof):
+        return full[:-len(prof) - 1]
+    return full.replace("-" + prof + "-", "-")
 
 
 def _profiles_of(item: pytest.Item) -> dict[str, Any]:
@@ -646,6 +698,10 @@ class _Controller:
         self.config = config
         self.cc = cc
 
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed and self.cc.results is not None:
+            self.cc.results.other_failures += 1  # a collection error is never covered by a baseline
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         results = self.cc.results
         if results is None:
@@ -689,13 +745,21 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         config.workeroutput["lwm2m_coverage"] = json.dumps(cc.coverage)  # type: ignore[attr-defined]
         return
     if cc.results is not None and not config.getoption("collectonly") and not config.getoption("list_requirements"):
-        if cc.results.has_conformance_results():
+        if cc.baseline is not None:
+            cc.results.apply_baseline()
+            if session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+                # the verdicts stay as they are; only differences from the baseline fail the run
+                failed = bool(cc.results.baseline_differences()) or cc.results.other_failures > 0
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED if failed else pytest.ExitCode.OK
+        if cc.results.has_conformance_results() and cc.report_dir is not None:
             cc.results.write_all(config)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     cc = config.stash.get(CONFIG_KEY, None)
-    if cc is None or cc.is_worker or cc.results is None or not cc.results.written:
+    if cc is None or cc.is_worker or cc.results is None:
+        return
+    if not cc.results.written and not cc.results.baseline_applied:
         return
     tr = terminalreporter
     tr.section("lwm2m conformance")
@@ -703,6 +767,9 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     tr.write_line("verdicts: " + ", ".join(f"{v} {counts.get(v, 0)}" for v in [x.value for x in Verdict]))
     for label, path in cc.results.written:
         tr.write_line(f"{label}: {path}")
+    if cc.results.baseline_applied:
+        for line, bad in cc.results.baseline_lines():
+            tr.write_line(line, red=bad, bold=bad)
 
 
 @pytest.hookimpl(trylast=True)

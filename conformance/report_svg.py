@@ -15,8 +15,10 @@ LEFT = 90
 MAX_ROWS = 400
 
 
-def sequence_svg(datagrams: Sequence[dict[str, Any]], dut_label: str = "DUT") -> str:
-    """SVG text for ``datagrams`` (dicts as written to exchange.jsonl)."""
+def sequence_svg(datagrams: Sequence[dict[str, Any]], dut_label: str = "DUT", uid: str = "") -> str:
+    """SVG text for ``datagrams`` (dicts as written to exchange.jsonl). ``uid`` makes the arrow
+    marker's id unique when several diagrams are inlined in one HTML document."""
+    marker = f"ah{uid}"
     dgs = list(datagrams)[:MAX_ROWS]
     peers: list[str] = []
     for d in dgs:
@@ -29,7 +31,7 @@ def sequence_svg(datagrams: Sequence[dict[str, Any]], dut_label: str = "DUT") ->
     t0 = dgs[0]["t"] if dgs else 0.0
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="msc" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" font-family="monospace" font-size="12">',
-           '<defs><marker id="ah" markerWidth="8" markerHeight="8" refX="8" refY="4" orient="auto">'
+           f'<defs><marker id="{marker}" markerWidth="8" markerHeight="8" refX="8" refY="4" orient="auto">'
            '<path d="M0,0 L8,4 L0,8 z" fill="#333"/></marker></defs>']
     for x, name in zip(xs, cols):
         out.append(f'<rect x="{x - 80}" y="6" width="160" height="24" rx="4" fill="#eef" stroke="#669"/>')
@@ -42,7 +44,7 @@ def sequence_svg(datagrams: Sequence[dict[str, Any]], dut_label: str = "DUT") ->
         x1, x2 = (dut_x, peer_x) if d["direction"] == "from-dut" else (peer_x, dut_x)
         color = {"coap": "#225", "dtls": "#552", "other": "#a22"}.get(d.get("kind", "other"), "#333")
         dash = ' stroke-dasharray="5,3"' if not d.get("request") and d.get("kind") == "coap" else ""
-        out.append(f'<line x1="{x1}" y1="{y}" x2="{x2}" y2="{y}" stroke="{color}" stroke-width="1.4"{dash} marker-end="url(#ah)"/>')
+        out.append(f'<line x1="{x1}" y1="{y}" x2="{x2}" y2="{y}" stroke="{color}" stroke-width="1.4"{dash} marker-end="url(#{marker})"/>')
         label = d.get("label", "")
         if d.get("note"):
             label += f" [{d['note']}]"
