@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(tshark pcscd vsmartcard-vpcd libpcsclite-dev swig tcpdump)
 missing=()
+# the interop peers (lwm2m-node-lib) need Node.js and npm; use Debian's where the machine has none
+command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(nodejs npm)
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
@@ -26,8 +28,10 @@ fi
 stamp=.venv/.installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing Python packages"
-  .venv/bin/pip install -q --upgrade pip 2>&1 | grep -v '^WARNING' || true
-  .venv/bin/pip install -q -e . 2>&1 | grep -v '^WARNING' || true
+  # pip's output goes to a log that is shown only when the install fails
+  if ! { .venv/bin/pip install -q --upgrade pip && .venv/bin/pip install -q -e .; } > .venv/pip.log 2>&1; then
+    cat .venv/pip.log; echo "setup: pip install failed (log above)" >&2; exit 1
+  fi
   .venv/bin/python -c "import aiocoap, mbedtls, smartcard, cbor2, scapy, allure_pytest" # fail loudly
   touch "$stamp"
 fi
@@ -35,7 +39,9 @@ fi
 if [ -f interop/package.json ] && command -v npm >/dev/null 2>&1; then
   if [ ! -d interop/node_modules ] || [ interop/package.json -nt interop/node_modules ]; then
     echo "setup: installing npm peers (interop/)"
-    (cd interop && npm ci --no-audit --no-fund --loglevel=error 2>&1 | grep -v 'npm warn' || true)
+    if ! (cd interop && npm ci --no-audit --no-fund --loglevel=error) > .venv/npm.log 2>&1; then
+      cat .venv/npm.log; echo "setup: npm ci failed (log above)" >&2; exit 1
+    fi
     touch interop/node_modules
   fi
 fi
