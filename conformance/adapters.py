@@ -142,6 +142,14 @@ class ServerAdapter(DutAdapter):
     async def notifications(self, endpoint: str, path: str) -> ActionResult:
         """Notifications the server received for an observation; ``value`` is a list."""
 
+    async def charging_records(self, endpoint: str) -> ActionResult:
+        """The server's traffic records of ``endpoint`` (LightweightM2M-HLF-SG4); ``value`` is an
+        object with ``uplink_messages``, ``uplink_bytes``, ``downlink_messages``, ``downlink_bytes``
+        (CoAP messages and their bytes, excluding IP/UDP headers), ``registrations``, ``updates``.
+        Not abstract (added after the first adapters): the default performs the profile's
+        ``[actions.charging_records]`` and is unsupported without it."""
+        return await self.dut.perform("charging_records", endpoint=endpoint)
+
     async def wait_registered(self, endpoint: str, timeout: float, interval: float = 0.1) -> ActionResult:
         """Poll :meth:`registration` until ``ok`` or ``timeout``; returns the last result."""
         loop = asyncio.get_running_loop()

@@ -58,6 +58,7 @@ SERVER_ACTIONS: dict[str, frozenset[str]] = {
     "observe": frozenset({"path", "format"}),
     "cancel_observe": frozenset({"path"}),
     "notifications": frozenset({"path"}),
+    "charging_records": frozenset(),  # the per-endpoint traffic records of {endpoint} (HLF-SG4)
 }
 BOOTSTRAP_ACTIONS: dict[str, frozenset[str]] = {
     "configure": frozenset({"config"}),   # add/replace the device configuration of {endpoint}
@@ -205,6 +206,7 @@ class Ics:
     sms: bool = False
     queue_mode: bool = False
     objects: tuple[int, ...] = ()
+    charging_records: bool = False  # server: keeps per-endpoint traffic records (HLF-SG4)
 
     def supports(self, feature: str) -> bool:
         """True if the ICS claims ``feature`` (grammar: see :func:`parse_feature`)."""
@@ -221,7 +223,7 @@ class Ics:
 
     def summary(self) -> str:
         fmts = {v: k for k, v in CONTENT_FORMATS.items()}
-        flags = [k for k in ("smartcard", "sms", "queue_mode") if getattr(self, k)]
+        flags = [k for k in _FLAG_KEYS if getattr(self, k)]
         return (f"versions={','.join(self.lwm2m_versions) or '-'} "
                 f"formats={','.join(fmts.get(f, str(f)) for f in self.content_formats) or '-'} "
                 f"bindings={','.join(self.bindings) or '-'} security={','.join(self.security_modes) or '-'} "
@@ -238,13 +240,13 @@ _FEATURE_KEYS = {
     "binding": "bindings", "security_mode": "security_modes", "security": "security_modes",
     "bootstrap_mode": "bootstrap_modes", "bootstrap": "bootstrap_modes", "object": "objects",
 }
-_FLAG_KEYS = ("smartcard", "sms", "queue_mode")
+_FLAG_KEYS = ("smartcard", "sms", "queue_mode", "charging_records")
 
 
 def parse_feature(feature: str) -> tuple[str, str | None]:
     """``"smartcard"`` -> (smartcard, None); ``"security_mode:psk"`` -> (security_modes, "psk").
 
-    Feature grammar: a flag (smartcard | sms | queue_mode) or KEY:VALUE with KEY one of
+    Feature grammar: a flag (smartcard | sms | queue_mode | charging_records) or KEY:VALUE with KEY one of
     lwm2m_version, content_format (name from CONTENT_FORMATS or number), binding (letters),
     security_mode, bootstrap_mode, object (object ID). ValueError for anything else.
     """
@@ -307,7 +309,8 @@ class Profile:
 _TOP = {"format", "implementation", "start", "ready", "stop", "control", "actions", "ics"}
 _IMPL = {"name": str, "version": str, "role": str, "description": str, "adapter": str, "cwd": str, "env": dict}
 _ICS = {"lwm2m_versions": list, "content_formats": list, "bindings": list, "security_modes": list,
-        "bootstrap_modes": list, "smartcard": bool, "sms": bool, "queue_mode": bool, "objects": list}
+        "bootstrap_modes": list, "smartcard": bool, "sms": bool, "queue_mode": bool, "objects": list,
+        "charging_records": bool}
 
 
 class _Ctx:
@@ -592,7 +595,8 @@ def load_profile(path: Path | str) -> Profile:
         lwm2m_versions=strs("lwm2m_versions", ICS_VERSIONS), content_formats=tuple(fmts),
         bindings=strs("bindings", None, _BINDING), security_modes=strs("security_modes", ICS_SECURITY),
         bootstrap_modes=strs("bootstrap_modes", ICS_BOOTSTRAP), smartcard=ics_d.get("smartcard", False),
-        sms=ics_d.get("sms", False), queue_mode=ics_d.get("queue_mode", False), objects=tuple(objs))
+        sms=ics_d.get("sms", False), queue_mode=ics_d.get("queue_mode", False), objects=tuple(objs),
+        charging_records=ics_d.get("charging_records", False))
 
     # cross-checks: every claimed provisioning mode has a way to start it ("missing mode")
     if role == "client":

@@ -11,6 +11,10 @@ Under ``--report-dir`` (default reports/):
 * ``junit.xml``   (pytest's junitxml; error verdicts rewritten to <error>)
 * ``allure-results/`` (allure-pytest: labels requirement/case/feature/story, spec links)
 * ``evidence/<test>/`` per-test evidence (conformance/evidence.py)
+
+With ``--baseline`` every matrix cell also says whether its verdict matches the baseline (and,
+beside an expected non-pass verdict, the baseline's reason); differences are listed first.
+The verdicts themselves are never changed.
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from conformance.baseline import MATCH, REGRESSION, UNEXPECTED_PASS, Comparison, Expectation
 from conformance.verdicts import Verdict
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -98,6 +103,7 @@ class Outcome:
     duration: float = 0.0
     done: bool = False
     evidence: dict[str, Any] = field(default_factory=dict)
+    baseline: Comparison | None = None
 
     @property
     def verdict(self) -> Verdict:
@@ -114,6 +120,15 @@ class Outcome:
     @property
     def dut(self) -> str:
         return self.props.get("dut", "") or "(no DUT)"
+
+    @property
+    def implementation(self) -> str:
+        """Profile names (no versions) of the DUTs, joined with "+": the baseline's key."""
+        return self.props.get("implementation", "")
+
+    @property
+    def instance(self) -> str | None:
+        return self.props.get("instance") or None
 
     @property
     def anchor(self) -> str:
@@ -139,6 +154,8 @@ class RunResults:
         self.total = 0
         self.finished = 0
         self.written: list[tuple[str, str]] = []
+        self.other_failures = 0  # failed reports that carry no verdict (collection errors, non-suite tests)
+        self.baseline_applied = False
         self._last_progress = time.time()
 
     # -- gathering -----------------------------------------------------------------------------
@@ -162,6 +179,61 @@ class RunResults:
 
     def has_conformance_results(self) -> bool:
         return bool(self.outcomes)
+
+    # -- baseline ------------------------------------------------------------------------------
+    def apply_baseline(self) -> None:
+        """Compare every finished execution with ``--baseline`` (sets ``Outcome.baseline``)."""
+        bl = self.cc.baseline
+        if bl is None:
+            return
+        for o in self.outcomes.values():
+            o.baseline = bl.compare(o.implementation, o.case, o.instance, o.verdict)
+        self.baseline_applied = True
+
+    def baseline_differences(self) -> list[Outcome]:
+        return [o for o in sorted(self.outcomes.values(), key=lambda o: (o.case, o.dut, o.nodeid))
+                if o.baseline is not None and o.baseline.differs]
+
+    def baseline_unused(self) -> list[Expectation]:
+        bl = self.cc.baseline
+        if bl is None:
+            return []
+        return bl.unused((o.implementation, o.case, o.instance) for o in self.outcomes.values())
+
+    def baseline_counts(self) -> dict[str, int]:
+        c = {MATCH: 0, "known": 0, REGRESSION: 0, UNEXPECTED_PASS: 0}
+        for o in self.outcomes.values():
+            if o.baseline is None:
+                continue
+            c[o.baseline.status] += 1
+            if o.baseline.known_deviation:
+                c["known"] += 1
+        return c
+
+    def baseline_lines(self) -> list[tuple[str, bool]]:
+        """Terminal lines (text, is_a_problem) describing the comparison with the baseline."""
+        bl = self.cc.baseline
+        if bl is None:
+            return []
+        c = self.baseline_counts()
+        out = [(f"baseline {bl.path}: {c[MATCH]} as expected ({c['known']} known deviations), "
+                f"{c[REGRESSION]} regressions, {c[UNEXPECTED_PASS]} unexpected passes", False)]
+        for o in self.baseline_differences():
+            assert o.baseline is not None
+            what = "UNEXPECTED PASS" if o.baseline.status == UNEXPECTED_PASS else "REGRESSION"
+            src = f" (baseline line {o.baseline.entry.line})" if o.baseline.entry else ""
+            out.append((f"  {what}: {o.case} @ {o.dut}: {o.verdict.value}, expected "
+                        f"{o.baseline.expected_text}{src}  [{o.nodeid}]", True))
+        unused = self.baseline_unused()
+        if unused:
+            out.append((f"  {len(unused)} baseline entries matched no test of this run (stale, or not selected):", False))
+            for e in unused[:20]:
+                out.append((f"    line {e.line}: {e.implementation} {e.case}" + (f" [{e.instance}]" if e.instance else ""), False))
+        if self.baseline_differences():
+            out.append(("exit status non-zero: verdicts differ from the baseline", True))
+        else:
+            out.append(("every verdict matches the baseline", False))
+        return out
 
     def counts(self) -> dict[str, int]:
         c: dict[str, int] = {}
@@ -287,6 +359,23 @@ class RunContext:
             rows.append((req, status, ran, covering))
         return rows
 
+    def baseline_json(self) -> dict[str, Any]:
+        res = self.cc.results
+        assert self.cc.baseline is not None and res is not None
+
+        def ref(o: Outcome) -> dict[str, Any]:
+            assert o.baseline is not None
+            return {"nodeid": o.nodeid, "case": o.case, "dut": o.dut, "verdict": o.verdict.value,
+                    "expected": [v.value for v in o.baseline.expected],
+                    "line": o.baseline.entry.line if o.baseline.entry else None}
+
+        diffs = res.baseline_differences()
+        return {"file": str(self.cc.baseline.path), "counts": res.baseline_counts(),
+                "regressions": [ref(o) for o in diffs if o.baseline and o.baseline.status == REGRESSION],
+                "unexpected_passes": [ref(o) for o in diffs if o.baseline and o.baseline.status == UNEXPECTED_PASS],
+                "unused_entries": [{"implementation": e.implementation, "case": e.case, "instance": e.instance,
+                                    "line": e.line} for e in res.baseline_unused()]}
+
     def as_json(self) -> dict[str, Any]:
         return {
             "command": self.command, "started": self.started, "finished": self.finished, "versions": self.versions,
@@ -297,7 +386,11 @@ class RunContext:
                        "requirements": o.requirements, "verdict": o.verdict.value, "phases": o.phases,
                        "duration": round(o.duration, 3), "reason": o.reason[:2000],
                        "evidence": o.props.get("lwm2m.evidence", ""), "pcap": self.rel(o.evidence.get("pcap")),
-                       "tshark": o.evidence.get("tshark")} for o in self.outcomes],
+                       "tshark": o.evidence.get("tshark"), "implementation": o.implementation, "instance": o.instance,
+                       **({"baseline": o.baseline.as_json(self.cc.baseline.path)}
+                          if o.baseline is not None and self.cc.baseline is not None else {})}
+                      for o in self.outcomes],
+            **({"baseline": self.baseline_json()} if self.cc.baseline is not None else {}),
             "traceability": [{"requirement": r.label, "status": s, "cases": sorted({o.case for o in ran}),
                               "verdicts": {o.case + " @ " + o.dut: o.verdict.value for o in ran}}
                              for r, s, ran, _ in self.trace()],
@@ -317,6 +410,9 @@ text-align:left;vertical-align:top;font-size:13px}th{background:#e8ecf0}
 .v-inconclusive{background:#d68910}.v-unsupported{background:#7f8c8d}.v-uncovered{background:#c0392b}
 .v-notrun{background:#bbb}
 .counts span{margin-right:12px;font-size:15px}
+.bl{font-size:11px;border-radius:3px;padding:0 4px;white-space:nowrap}.bl-ok{color:#2a7d2a;border:1px solid #2a7d2a}
+.bl-known{color:#555;border:1px solid #999}.bl-diff{color:#fff;background:#c0392b;font-weight:bold}
+.blr{font-size:11px;color:#555;max-width:420px;margin-top:2px}
 pre{background:#fff;border:1px solid #ddd;padding:8px;overflow-x:auto;font-size:12px;white-space:pre-wrap}
 section.test{background:#fff;border:1px solid #ddd;border-radius:4px;padding:8px 14px;margin:14px 0}
 section.test h3{margin:4px 0}.muted{color:#777;font-size:12px}ol.steps li{font-size:13px}
@@ -358,10 +454,16 @@ def render_html(ctx: RunContext) -> str:
     for v, n in counts.items():
         w(f"<span>{_badge(v)} {n}</span>")
     w(f"<span>total {len(ctx.outcomes)}</span></div>")
+    if ctx.cc.baseline is not None:
+        w(_render_baseline_html(ctx))
     # interop matrix
     duts = ctx.duts()
+    bl_note = (" With a baseline, each cell also says whether the verdict matches it (<span class='bl bl-ok'>as "
+               "expected</span>, <span class='bl bl-known'>known deviation</span> with its reason, <span class='bl "
+               "bl-diff'>≠ baseline</span>); verdicts are never changed by the baseline."
+               if ctx.cc.baseline is not None else "")
     w("<h2 id='matrix'>Interoperability matrix</h2><p class='muted'>Test cases × implementations; each cell links "
-      "to the test's section (steps, diagram) and its capture.</p><table class='matrix'><tr><th>test case</th>")
+      f"to the test's section (steps, diagram) and its capture.{bl_note}</p><table class='matrix'><tr><th>test case</th>")
     for d in duts:
         w(f"<th>{escape(d)}</th>")
     w("</tr>")
@@ -373,11 +475,13 @@ def render_html(ctx: RunContext) -> str:
                 w("<td class='muted'>–</td>")
                 continue
             parts = []
+            shown: set[int] = set()  # baseline lines whose reason this cell already shows
             for o in cell:
                 link = f"<a href='#{o.anchor}'>{_badge(o.verdict.value)}</a>"
                 pcap = ctx.rel(o.evidence.get("pcap"))
                 if pcap:
                     link += f" <a href='{escape(pcap)}' title='capture'>pcap</a>"
+                link += _baseline_cell_html(ctx, o, shown)
                 parts.append(link)
             w(f"<td>{'<br>'.join(parts)}</td>")
         w("</tr>")
@@ -403,6 +507,56 @@ def render_html(ctx: RunContext) -> str:
     return "\n".join(h)
 
 
+def _baseline_cell_html(ctx: RunContext, o: Outcome, shown: set[int]) -> str:
+    """The baseline mark of one verdict in a matrix cell ("" without a baseline); a reason the
+    cell already shows (same baseline entry, another instance) is not repeated."""
+    b = o.baseline
+    if b is None or ctx.cc.baseline is None:
+        return ""
+    inst = f" [{escape(o.instance)}]" if o.instance else ""
+    if b.differs:
+        kind = "unexpected pass" if b.status == UNEXPECTED_PASS else "regression"
+        src = f" (line {b.entry.line})" if b.entry else ""
+        return (f" <span class='bl bl-diff' title='{escape(kind)}'>≠ baseline: expected "
+                f"{escape(b.expected_text.upper())}{src}</span>{inst}")
+    if b.known_deviation:
+        assert b.entry is not None
+        reason = "" if b.entry.line in shown else f"<div class='blr'>{escape(b.entry.reason)}</div>"
+        shown.add(b.entry.line)
+        return f" <span class='bl bl-known' title='baseline line {b.entry.line}'>known deviation</span>{inst}{reason}"
+
+    return " <span class='bl bl-ok' title='matches the baseline'>as expected</span>"
+
+
+def _render_baseline_html(ctx: RunContext) -> str:
+    res = ctx.cc.results
+    bl = ctx.cc.baseline
+    assert res is not None and bl is not None
+    c = res.baseline_counts()
+    h = [f"<h2 id='baseline'>Baseline comparison</h2><p>Baseline <code>{escape(str(bl.path))}</code> "
+         f"({len(bl.entries)} expectations): <b>{c[MATCH]}</b> as expected (of which {c['known']} known "
+         f"deviations), <b>{c[REGRESSION]}</b> regressions, <b>{c[UNEXPECTED_PASS]}</b> unexpected passes. "
+         "Without an entry a test is expected to pass or be unsupported. The run fails only on differences.</p>"]
+    diffs = res.baseline_differences()
+    if diffs:
+        h.append("<table><tr><th>difference</th><th>test case</th><th>implementation</th><th>verdict</th>"
+                 "<th>expected</th></tr>")
+        for o in diffs:
+            assert o.baseline is not None
+            kind = "UNEXPECTED PASS" if o.baseline.status == UNEXPECTED_PASS else "REGRESSION"
+            src = f" (line {o.baseline.entry.line})" if o.baseline.entry else " (no entry)"
+            h.append(f"<tr><td><span class='bl bl-diff'>{kind}</span></td><td><a href='#{o.anchor}'>"
+                     f"{escape(o.case)}</a> <span class='muted'>{escape(o.instance or '')}</span></td>"
+                     f"<td>{escape(o.dut)}</td><td>{_badge(o.verdict.value)}</td>"
+                     f"<td>{escape(o.baseline.expected_text)}{escape(src)}</td></tr>")
+        h.append("</table>")
+    unused = res.baseline_unused()
+    if unused:
+        h.append("<p class='muted'>Entries that matched no test of this run (stale, or not selected): "
+                 + ", ".join(escape(f"line {e.line} {e.implementation} {e.case}") for e in unused) + "</p>")
+    return "\n".join(h)
+
+
 def _render_test(ctx: RunContext, o: Outcome) -> str:
     h: list[str] = []
     w = h.append
@@ -412,6 +566,14 @@ def _render_test(ctx: RunContext, o: Outcome) -> str:
       f"{escape(', '.join(f'{k}={v}' for k, v in o.phases.items()))}</div>")
     reqs = " ".join(f"<a href='#req-{escape(r)}'>{escape(r)}</a>" for r in o.requirements)
     w(f"<div>Requirements: {reqs}</div>")
+    if o.baseline is not None and ctx.cc.baseline is not None:
+        b = o.baseline
+        if b.differs:
+            w(f"<div><span class='bl bl-diff'>differs from the baseline</span> expected {escape(b.expected_text)}"
+              + (f" (line {b.entry.line}: {escape(b.entry.reason)})" if b.entry else " (no entry)") + "</div>")
+        elif b.known_deviation and b.entry is not None:
+            w(f"<div><span class='bl bl-known'>known deviation</span> baseline line {b.entry.line}: "
+              f"{escape(b.entry.reason)}</div>")
     if o.reason:
         w(f"<pre>{escape(o.reason)}</pre>")
     steps = o.evidence.get("steps", [])
@@ -469,17 +631,66 @@ def render_markdown(ctx: RunContext) -> str:
     out.append(" · ".join(f"**{v}** {n}" for v, n in counts.items()) + f" · total {len(ctx.outcomes)}")
     out.append("")
     duts = ctx.duts()
+    res = ctx.cc.results
+    with_bl = ctx.cc.baseline is not None and res is not None and res.baseline_applied
+    notes: dict[int, int] = {}  # baseline line -> note number, in order of first use
+    if with_bl:
+        assert res is not None and ctx.cc.baseline is not None
+        c = res.baseline_counts()
+        diffs = res.baseline_differences()
+        out.append("## Baseline comparison")
+        out.append("")
+        out.append(f"Baseline `{ctx.cc.baseline.path}` ({len(ctx.cc.baseline.entries)} expectations): "
+                   f"**{c[MATCH]}** as expected ({c['known']} known deviations), **{c[REGRESSION]}** regressions, "
+                   f"**{c[UNEXPECTED_PASS]}** unexpected passes. Verdicts are unchanged; the run fails only on "
+                   "differences.")
+        out.append("")
+        for o in diffs:
+            assert o.baseline is not None
+            kind = "UNEXPECTED PASS" if o.baseline.status == UNEXPECTED_PASS else "REGRESSION"
+            src = f" (baseline line {o.baseline.entry.line})" if o.baseline.entry else " (no entry)"
+            out.append(f"- **{kind}** {o.case} @ {o.dut}{' [' + o.instance + ']' if o.instance else ''}: "
+                       f"{o.verdict.value}, expected {o.baseline.expected_text}{src}")
+        if diffs:
+            out.append("")
     out.append("## Interoperability matrix")
     out.append("")
+    if with_bl:
+        out.append("Cells: the verdict, then `=` (matches the baseline), `= [Kn]` (a known deviation, reason Kn "
+                   "below) or `≠ expected X` (differs from the baseline).")
+        out.append("")
     out.append("| test case | " + " | ".join(duts) + " |")
     out.append("|---|" + "---|" * len(duts))
     for case, _ in ctx.cases():
         cells = []
         for d in duts:
             cell = ctx.cell(case, d)
-            cells.append(", ".join(o.verdict.value.upper() for o in cell) or "–")
+            texts = []
+            for o in cell:
+                t = o.verdict.value.upper()
+                b = o.baseline
+                if with_bl and b is not None:
+                    if b.differs:
+                        t += f" ≠ expected {b.expected_text.upper()}"
+                    elif b.known_deviation and b.entry is not None:
+                        n = notes.setdefault(b.entry.line, len(notes) + 1)
+                        t += f" = [K{n}]"
+                    else:
+                        t += " ="
+                texts.append(t)
+            cells.append(", ".join(texts) or "–")
         out.append(f"| {case} | " + " | ".join(cells) + " |")
     out.append("")
+    if with_bl and notes and ctx.cc.baseline is not None:
+        by_line = {e.line: e for e in ctx.cc.baseline.entries}
+        out.append("### Known deviations (baseline reasons)")
+        out.append("")
+        for line, n in notes.items():
+            e = by_line[line]
+            inst = f" [{e.instance}]" if e.instance else ""
+            out.append(f"- **K{n}** {e.case} @ {e.implementation}{inst} — expected {e.verdict.value} "
+                       f"(baseline line {line}): {e.reason}")
+        out.append("")
     out.append("## Traceability")
     out.append("")
     out.append("| requirement | strength | status | test cases |")
@@ -497,6 +708,13 @@ def render_markdown(ctx: RunContext) -> str:
             out.append(f"### {o.verdict.value.upper()} {o.case} @ {o.dut}")
             out.append("")
             out.append(f"`{o.nodeid}` — evidence: `{o.props.get('lwm2m.evidence', '')}`")
+            if o.baseline is not None:
+                if o.baseline.differs:
+                    out.append("")
+                    out.append(f"**Differs from the baseline**: expected {o.baseline.expected_text}.")
+                elif o.baseline.known_deviation and o.baseline.entry is not None:
+                    out.append("")
+                    out.append(f"Known deviation (baseline line {o.baseline.entry.line}): {o.baseline.entry.reason}")
             out.append("")
             out.append("```")
             out.append(o.reason.strip()[:3000])

@@ -22,6 +22,7 @@ unknown-location-ok         Update / De-register of an unknown location answered
                             (Transport 1.1.1: 4.04 Not Found)
 update-ignores-lifetime     an Update's ``lt`` is acknowledged but not applied (Core §6.2.2)
 update-ignores-binding      an Update's ``b`` / ``Q`` is acknowledged but not applied (Core §6.2.2)
+update-ignores-sms          an Update's ``sms`` is acknowledged but not applied (Core §6.2.2)
 never-expire                registrations are never removed when their lifetime passes (Core §6.2.1)
 duplicate-reprocessed       a duplicate CON is processed again instead of answered with the same
                             response (RFC 7252 §4.5)
@@ -35,6 +36,9 @@ dm-wrong-content-format     Write payload labelled with a Content-Format it is n
 psk-identity-unchecked      a DTLS Register is accepted whatever endpoint the PSK identity belongs
                             to (Core 1.1.1 §7: the server authenticates the client; the PSK
                             identity is the credential of one endpoint)
+charging-undercount         the charging records miss Updates: an Update, its duplicates and its
+                            response are neither counted as traffic nor as an update
+                            (LightweightM2M-HLF-SG4: the records cover the device's traffic)
 ==========================  ===================================================================
 """
 from __future__ import annotations
@@ -56,6 +60,7 @@ from reference.coap import endpoint as coap_endpoint
 from reference.coap.wire import raw_response
 from reference.model.path import Path
 from reference.model.types import ContentFormat
+from reference.server.charging import ChargingRecords
 from reference.server.registration import RegisterParams, RegistrationInterface
 from reference.server.security import SecurityPolicy
 from reference.server.server import LwM2MServer
@@ -139,12 +144,36 @@ class _UpdateIgnoresBinding(_UpdateIgnores):
     ignored = ("binding", "queue")  # the binding mode, queue mode included (1.0 "UQ", 1.1 "Q")
 
 
+class _UpdateIgnoresSms(_UpdateIgnores):
+    ignored = ("sms",)
+
+
 class _UncheckedPolicy(SecurityPolicy):
     def check_register(self, endpoint: str, identity: bytes | None) -> str | None:
         return None
 
 
 # ---- server faults ---------------------------------------------------------------------------
+_LOST = "\x00lost-update"
+
+
+class _UndercountingCharging(ChargingRecords):
+    def updated(self, reg: Any) -> None:
+        # the Update's exchange (request, duplicates, response) is charged to a record never kept
+        self._bind(reg.address, reg.endpoint)
+        self._concerns(_LOST)
+
+    def _delta(self, endpoint: str) -> list:
+        return [0] * 9 if endpoint == _LOST else super()._delta(endpoint)
+
+
+class _ChargingUndercount(LwM2MServer):
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        if self.charging is not None:
+            self.charging = _UndercountingCharging(self.charging.path, registrations=self.charging.registrations)
+
+
 class _NeverExpire(LwM2MServer):
     async def _expiry_loop(self) -> None:
         await asyncio.Event().wait()  # the sweep never runs
@@ -240,6 +269,7 @@ _fault("unknown-location-ok", "Update/De-register of an unknown location answere
        interface=_UnknownLocationOk)
 _fault("update-ignores-lifetime", "an Update's lt is not applied", interface=_UpdateIgnoresLifetime)
 _fault("update-ignores-binding", "an Update's b is not applied", interface=_UpdateIgnoresBinding)
+_fault("update-ignores-sms", "an Update's sms is not applied", interface=_UpdateIgnoresSms)
 _fault("never-expire", "registrations never expire", server=_NeverExpire)
 _fault("duplicate-reprocessed", "duplicate CONs are processed again", after_start=_patch_dedup)
 _fault("critical-option-ignored", "unrecognized critical options are ignored", after_start=_patch_critical)
@@ -251,6 +281,7 @@ _fault("dm-write-as-post", "Write (replace) of a resource sent as POST", server=
 _fault("dm-wrong-content-format", "Write payload labelled with the wrong Content-Format",
        server=_WrongContentFormat)
 _fault("psk-identity-unchecked", "DTLS Register accepted for any endpoint", server=_PskUnchecked)
+_fault("charging-undercount", "charging records miss Updates (traffic and count)", server=_ChargingUndercount)
 
 
 def build(fault: str, **kwargs: Any) -> LwM2MServer:

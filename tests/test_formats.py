@@ -561,12 +561,12 @@ def test_tlv_carries_non_finite_floats():
 # ---- dispatch and negotiation ------------------------------------------------------------------------------
 
 def test_supported_and_dispatch_errors():
-    assert SUPPORTED == {CF.TEXT, CF.OPAQUE, CF.LWM2M_TLV, CF.LWM2M_JSON, CF.SENML_JSON, CF.SENML_CBOR}
+    assert SUPPORTED == {CF.TEXT, CF.OPAQUE, CF.CBOR, CF.LWM2M_TLV, CF.LWM2M_JSON, CF.SENML_JSON, CF.SENML_CBOR}
     with pytest.raises(UnsupportedFormat):
         decode(9999, b"", R, REG)
     with pytest.raises(UnsupportedFormat):
         encode(CF.LINK_FORMAT, {}, R, REG)
-    with pytest.raises(UnsupportedFormat):
+    with pytest.raises(UnsupportedFormat):  # application/cbor carries one value, R is an instance
         decode(CF.CBOR, b"\x80", R, REG)
 
 

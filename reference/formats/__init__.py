@@ -5,22 +5,22 @@ The contract every codec follows:
 ``encode(fmt, values, base, registry) -> bytes``
     ``values`` is a flat ``{Path: Value}`` mapping (see :mod:`reference.model.types`) of
     resource (depth 3) or resource-instance (depth 4) paths, all under ``base`` (the
-    request's target path). Single-value formats (text, opaque) require exactly one value
+    request's target path). Single-value formats (text, opaque, cbor) require exactly one value
     and ``base`` of depth 3 or 4.
 
 ``decode(fmt, payload, base, registry) -> Values``
     The inverse. ``registry`` supplies resource types, needed by the formats that do not
-    carry them (TLV, text, opaque). Raises a subclass of
+    carry them (TLV, text, opaque, cbor). Raises a subclass of
     :class:`reference.formats.errors.FormatError` for any malformed input, never anything else.
 
-Implementations live in the sibling modules (``text``, ``opaque``, ``tlv``, ``lwm2m_json``,
-``senml``, ``linkformat``); this module only dispatches.
+Implementations live in the sibling modules (``text``, ``opaque``, ``cbor``, ``tlv``,
+``lwm2m_json``, ``senml``, ``linkformat``); this module only dispatches.
 """
 from __future__ import annotations
 
 from typing import Callable, Iterable
 
-from reference.formats import lwm2m_json, opaque, senml, text, tlv
+from reference.formats import cbor, lwm2m_json, opaque, senml, text, tlv
 from reference.formats._common import ResourceLookup
 from reference.formats.errors import (FormatError, MalformedPayload, PathMismatch, TypeMismatch,
                                       UnknownResource, UnsupportedFormat)
@@ -38,6 +38,7 @@ _Dec = Callable[[bytes, Path, "ResourceLookup | None"], Values]
 _CODECS: dict[ContentFormat, tuple[_Enc, _Dec]] = {
     ContentFormat.TEXT: (text.encode, text.decode),
     ContentFormat.OPAQUE: (opaque.encode, opaque.decode),
+    ContentFormat.CBOR: (cbor.encode, cbor.decode),
     ContentFormat.LWM2M_TLV: (tlv.encode, tlv.decode),
     ContentFormat.LWM2M_JSON: (lwm2m_json.encode, lwm2m_json.decode),
     ContentFormat.SENML_JSON: (senml.encode_json, senml.decode_json),
@@ -49,7 +50,7 @@ _CODECS: dict[ContentFormat, tuple[_Enc, _Dec]] = {
 SUPPORTED: frozenset[ContentFormat] = frozenset(_CODECS)
 
 #: Formats that carry only one value (a single resource or resource instance).
-SINGLE_VALUE: frozenset[ContentFormat] = frozenset({ContentFormat.TEXT, ContentFormat.OPAQUE})
+SINGLE_VALUE: frozenset[ContentFormat] = frozenset({ContentFormat.TEXT, ContentFormat.OPAQUE, ContentFormat.CBOR})
 
 
 def as_format(fmt: int | ContentFormat) -> ContentFormat:
@@ -91,7 +92,7 @@ def negotiate(accept: int | None, supported: Iterable[int] = SUPPORTED,
     """Pick the response format for a request's Accept option (RFC 7252 §5.10.4, Core 1.1.1 §7.4).
 
     With an Accept, it must be in ``supported`` (else UnsupportedFormat: answer 4.06 Not
-    Acceptable), and text/opaque only for ``single_value`` targets. Without one, ``default`` (which
+    Acceptable), and text/opaque/cbor only for ``single_value`` targets. Without one, ``default`` (which
     must be supported and fit the target) is used.
     """
     allowed = {as_format(f) for f in supported}

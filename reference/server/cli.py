@@ -57,6 +57,7 @@ examples:
   lwm2m-server ctl attributes dev-1 /3/0/9 pmin=10 pmax=60
   lwm2m-server ctl observe dev-1 /3/0/9 --count 3 --duration 60
   lwm2m-server ctl events --since 0 --follow
+  lwm2m-server ctl charging [dev-1] [--csv]
 
 exit status: 0 ok, 1 API error, 2 API unreachable, 3 the LwM2M client answered an error code.
 """
@@ -81,13 +82,14 @@ def _serve_parser() -> argparse.ArgumentParser:
                    help="SQLite synchronous mode: full = fsync every group commit before answering "
                         "(survives power loss); normal = survives a server crash only (default %(default)s)")
     p.add_argument("--expiry-interval", type=float, default=1.0, help="seconds between lifetime expiry sweeps (default %(default)s)")
+    p.add_argument("--no-charging-records", action="store_true",
+                   help="do not keep per-endpoint traffic records (GET /api/charging)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="stderr log level (default %(default)s)")
     return p
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    import gc
-
+    from reference.server import gcpolicy
     from reference.server.security import PskEntry, PskFileError, PskTable
     from reference.server.server import LwM2MServer
 
@@ -113,7 +115,7 @@ async def _serve(args: argparse.Namespace) -> int:
         coap_host=args.coap_host, coap_port=args.coap_port, coaps_port=coaps_port,
         http_host=args.http_host, http_port=None if args.http_port < 0 else args.http_port,
         state_dir=args.state_dir, psk_table=table, expiry_interval=args.expiry_interval,
-        store_synchronous=args.store_sync.upper())
+        store_synchronous=args.store_sync.upper(), charging=not args.no_charging_records)
     try:
         await server.start()
     except OSError as e:
@@ -130,13 +132,16 @@ async def _serve(args: argparse.Namespace) -> int:
     # The store's COMMIT (fsync) runs in a writer thread that must win the GIL back from the
     # busy event loop; the default 5 ms switch interval would add up to 2 x 5 ms to every commit.
     sys.setswitchinterval(0.0001)
-    gc.freeze()  # start-up objects are never garbage: keep them out of every collection
+    # start-up objects frozen; no automatic full GC (its cost grew with the number of
+    # registrations), a periodic one instead: see reference/server/gcpolicy.py
+    gc_policy = gcpolicy.install()
     fmt = lambda a: f"{a[0]}:{a[1]}" if a else "off"  # noqa: E731
     print(f"lwm2m-server READY coap={fmt(server.coap_address)} coaps={fmt(server.coaps_address)} "
           f"http={fmt(server.http_address)}", flush=True)
     try:
         await stop.wait()
     finally:
+        gc_policy.close()
         await server.stop()
     return 0
 
@@ -188,6 +193,9 @@ def _ctl_parser() -> argparse.ArgumentParser:
     ev.add_argument("--kind", help="comma-separated kinds (registered, updated, deregistered, expired, notification, observation-ended)")
     ev.add_argument("--endpoint")
     ev.add_argument("--follow", action="store_true", help="keep waiting for new events")
+    ch = sub.add_parser("charging", help="per-endpoint traffic records (all, or one endpoint)")
+    ch.add_argument("endpoint", nargs="?")
+    ch.add_argument("--csv", action="store_true", help="print CSV instead of JSON")
     return p
 
 
@@ -275,6 +283,18 @@ def _ctl_run(api: _Api, args: argparse.Namespace, t: dict) -> int:  # noqa: C901
             since = doc["last_seq"]
             if not args.follow:
                 return 0
+    if cmd == "charging":  # charging records (LightweightM2M-HLF-SG4)
+        path = ("/api/clients/" + urllib.parse.quote(args.endpoint, safe="") + "/charging"
+                if args.endpoint else "/api/charging")
+        if not args.csv:
+            return _dm_status(*api.call("GET", path))
+        try:
+            with urllib.request.urlopen(f"{api.base}{path}?format=csv", timeout=api.timeout + 5) as r:
+                sys.stdout.write(r.read().decode("utf-8"))
+            return 0
+        except urllib.error.HTTPError as e:
+            print(e.read().decode("utf-8", "replace"), file=sys.stderr)
+            return 1
     ep = urllib.parse.quote(args.endpoint, safe="")
     if cmd == "client":
         return _dm_status(*api.call("GET", f"/api/clients/{ep}"))

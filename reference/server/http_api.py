@@ -389,6 +389,8 @@ def create_app(server: "LwM2MServer") -> web.Application:
     app.add_routes(api.routes())
     if getattr(server, "cards", None) is not None:  # smartcard hook (issue #5): GET /api/cards
         app.add_routes(server.cards.routes())
+    if getattr(server, "charging", None) is not None:  # charging hook (HLF-SG4): GET /api/charging
+        app.add_routes(server.charging.routes())
     app.on_shutdown.append(api.on_shutdown)
     return app
 

@@ -60,8 +60,8 @@ class LwM2MServer:
                  registration_interface: type[RegistrationInterface] = RegistrationInterface,
                  expiry_interval: float = 1.0, store_synchronous: str = "FULL",
                  commit_window: float = 0.0, event_history: int = 10_000,
-                 separate_after: float | None = 1.0, dtls_options: Mapping[str, Any] | None = None
-                 ) -> None:
+                 separate_after: float | None = 1.0, dtls_options: Mapping[str, Any] | None = None,
+                 charging: bool = True) -> None:
         self.coap_host = coap_host
         self.coap_port = coap_port
         self.coaps_port = coaps_port
@@ -87,6 +87,12 @@ class LwM2MServer:
         from reference.server.cards import CardIssuerAwareness
         self.cards = CardIssuerAwareness(self)
         # --- end smartcard hook ---
+        # --- charging hook (LightweightM2M-HLF-SG4): per-endpoint traffic records, see charging.py ---
+        from reference.server.charging import DB_NAME as CHARGING_DB, ChargingRecords
+        self.charging: ChargingRecords | None = (ChargingRecords(
+            os.path.join(self.state_dir, CHARGING_DB) if self.state_dir else None,
+            registrations=lambda: iter(self.store)) if charging else None)
+        # --- end charging hook ---
         self.coap: CoapEndpoint | None = None
         self.coap_secure: CoapEndpoint | None = None  # plain side of the DTLS bridge
         self.dtls_bridge: Any = None
@@ -102,6 +108,8 @@ class LwM2MServer:
         listeners and start the expiry sweep."""
         loaded = await self.store.open()
         self.cards.open()  # smartcard hook (issue #5)
+        if self.charging is not None:  # charging hook
+            await self.charging.open()
         now = time.time()
         for reg in self.store.pop_expired(now):
             self.events.emit(EventKind.EXPIRED, reg.endpoint, reg.snapshot())
@@ -109,6 +117,8 @@ class LwM2MServer:
         self.coap = await CoapEndpoint.create(
             self.coap_host, self.coap_port, self.handle_plain, params=self.params,
             separate_after=self.separate_after, name="coap")
+        if self.charging is not None:  # charging hook: count this endpoint's datagrams
+            self.charging.install(self.coap)
         if self.coaps_port is not None:
             await self._start_dtls()
         if self.http_port is not None:
@@ -125,6 +135,8 @@ class LwM2MServer:
         self.coap_secure = await CoapEndpoint.create(
             "127.0.0.1", 0, self.handle_secure, params=self.params,
             separate_after=self.separate_after, name="coaps-inner")
+        if self.charging is not None:  # charging hook: the plain CoAP inside the DTLS sessions
+            self.charging.install(self.coap_secure)
         self.dtls_bridge = DtlsServerBridge(
             (self.coap_host, self.coaps_port), self.coap_secure.address,
             self.psk_table.key_for, **self.dtls_options)
@@ -153,6 +165,8 @@ class LwM2MServer:
             if ep is not None:
                 ep.close()
         await self.cards.close()  # smartcard hook (issue #5)
+        if self.charging is not None:  # charging hook: write the last counts
+            await self.charging.close()
         await self.store.close()
         self._started = False
 
@@ -201,10 +215,15 @@ class LwM2MServer:
 
     async def handle_request(self, request: Message, remote: tuple,
                              identity: bytes | None) -> Message:
-        path = request.opt.uri_path
-        if path and path[0] == "rd":
-            return await self.registration.handle(request, remote, identity)
-        return Message(code=Code.NOT_FOUND, payload=b"no such resource on this server")
+        charge = self.charging.begin(request, remote) if self.charging is not None else None  # charging hook
+        try:
+            path = request.opt.uri_path
+            if path and path[0] == "rd":
+                return await self.registration.handle(request, remote, identity)
+            return Message(code=Code.NOT_FOUND, payload=b"no such resource on this server")
+        finally:
+            if charge is not None:  # charging hook: the request's endpoint is known now
+                self.charging.end(charge)  # type: ignore[union-attr]
 
     # ---- commits (called by the RegistrationInterface) ----------------------------------------
     async def commit_registration(self, reg: Registration, replaced: Registration | None) -> None:
@@ -212,17 +231,23 @@ class LwM2MServer:
         if replaced is not None:
             self._forget_client(replaced)
         await self.store.put(reg, replaced)
+        if self.charging is not None:  # charging hook
+            self.charging.registered(reg, replaced)
         snap = (reg.snapshot(replaced_location=replaced.location_path) if replaced is not None
                 else reg.snapshot())
         self.events.emit(EventKind.REGISTERED, reg.endpoint, snap)
 
     async def commit_update(self, reg: Registration, changed: dict[str, Any]) -> None:
         await self.store.touch(reg)
+        if self.charging is not None:  # charging hook
+            self.charging.updated(reg)
         self.events.emit(EventKind.UPDATED, reg.endpoint, reg.snapshot(changed=changed))
 
     async def commit_deregistration(self, reg: Registration) -> None:
         self._forget_client(reg)
         await self.store.delete(reg)
+        if self.charging is not None:  # charging hook
+            self.charging.deregistered(reg)
         self.events.emit(EventKind.DEREGISTERED, reg.endpoint, reg.snapshot())
 
     def _forget_client(self, reg: Registration) -> None:
