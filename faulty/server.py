@@ -43,12 +43,10 @@ charging-undercount         the charging records miss Updates: an Update, its du
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import os
 import secrets
-import signal
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -297,52 +295,10 @@ def apply_after_start(fault: str, server: LwM2MServer) -> None:
         f.after_start(server)
 
 
-async def _serve(args: argparse.Namespace) -> int:
-    from reference.server.security import PskFileError, PskTable
-
-    table = None
-    if args.psk_file:
-        try:
-            table = PskTable.from_file(args.psk_file)
-        except PskFileError as e:
-            print(f"lwm2m-server: {e}", file=sys.stderr)
-            return 2
-    coaps_port = args.coaps_port
-    if coaps_port is None and args.psk_file:
-        coaps_port = 5684
-    server = build(args.fault, coap_host=args.coap_host, coap_port=args.coap_port, coaps_port=coaps_port,
-                   http_host=args.http_host, http_port=None if args.http_port < 0 else args.http_port,
-                   state_dir=args.state_dir, psk_table=table, expiry_interval=args.expiry_interval)
-    try:
-        await server.start()
-    except OSError as e:
-        print(f"lwm2m-server: cannot listen: {e}", file=sys.stderr)
-        await server.stop()
-        return 2
-    apply_after_start(args.fault, server)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
-    fmt = lambda a: f"{a[0]}:{a[1]}" if a else "off"  # noqa: E731
-    print(f"lwm2m-server READY coap={fmt(server.coap_address)} coaps={fmt(server.coaps_address)} "
-          f"http={fmt(server.http_address)}", flush=True)
-    print(f"faulty server: fault {args.fault!r} active: {FAULTS[args.fault].description}",
-          file=sys.stderr, flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await server.stop()
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
-    from reference.server.cli import _serve_parser
+    from reference.server.cli import serve, serve_parser
 
-    p = _serve_parser()
+    p = serve_parser()
     p.prog = "python -m faulty.server"
     p.add_argument("--fault", choices=sorted(FAULTS), help="the one behaviour to break")
     p.add_argument("--list", action="store_true", help="list the faults and exit")
@@ -355,8 +311,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--fault NAME is required (see --list)")
     logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    print(f"faulty server: fault {args.fault!r} active: {FAULTS[args.fault].description}",
+          file=sys.stderr, flush=True)
     try:
-        return asyncio.run(_serve(args))
+        return asyncio.run(serve(args, make_server=lambda **kw: build(args.fault, **kw),
+                                 after_start=lambda server: apply_after_start(args.fault, server)))
     except KeyboardInterrupt:
         return 130
 

@@ -33,7 +33,10 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+if TYPE_CHECKING:
+    from reference.server.server import LwM2MServer
 
 SERVE_EPILOG = """\
 The store lives in STATE_DIR/registrations.sqlite3 (SQLite, WAL); use --state-dir :memory: for a
@@ -64,7 +67,7 @@ exit status: 0 ok, 1 API error, 2 API unreachable, 3 the LwM2M client answered a
 
 
 # ---- serve ------------------------------------------------------------------------------------
-def _serve_parser() -> argparse.ArgumentParser:
+def serve_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lwm2m-server", description="Reference LwM2M 1.1 server (NoSec CoAP, DTLS-PSK "
         "CoAPS, HTTP JSON API).", epilog=SERVE_EPILOG,
@@ -88,7 +91,12 @@ def _serve_parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _serve(args: argparse.Namespace) -> int:
+async def serve(args: argparse.Namespace,
+                make_server: Callable[..., "LwM2MServer"] | None = None,
+                after_start: Callable[["LwM2MServer"], None] | None = None) -> int:
+    """Run a server from parsed ``serve`` arguments until SIGINT/SIGTERM; returns the exit status.
+    ``make_server`` (default :class:`LwM2MServer`, same keyword arguments) and ``after_start`` let
+    a variant (the fault-injected servers of ``faulty/``) reuse the whole command line."""
     from reference.server import gcpolicy
     from reference.server.security import PskEntry, PskFileError, PskTable
     from reference.server.server import LwM2MServer
@@ -111,7 +119,7 @@ async def _serve(args: argparse.Namespace) -> int:
     coaps_port = args.coaps_port
     if coaps_port is None and (args.psk_file or args.psk):
         coaps_port = 5684
-    server = LwM2MServer(
+    server = (make_server or LwM2MServer)(
         coap_host=args.coap_host, coap_port=args.coap_port, coaps_port=coaps_port,
         http_host=args.http_host, http_port=None if args.http_port < 0 else args.http_port,
         state_dir=args.state_dir, psk_table=table, expiry_interval=args.expiry_interval,
@@ -122,6 +130,8 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"lwm2m-server: cannot listen: {e}", file=sys.stderr)
         await server.stop()
         return 2
+    if after_start is not None:
+        after_start(server)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -398,11 +408,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _ctl(argv[1:])
     if argv and argv[0] == "serve":
         argv = argv[1:]
-    args = _serve_parser().parse_args(argv)
+    args = serve_parser().parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return asyncio.run(_serve(args))
+        return asyncio.run(serve(args))
     except KeyboardInterrupt:
         return 130
 

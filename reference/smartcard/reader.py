@@ -24,11 +24,14 @@ import dataclasses
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from reference.model.config import ConfigError, DeviceConfig
 from reference.model.types import Values
 from reference.smartcard import asn1, layout
+
+if TYPE_CHECKING:
+    from reference.smartcard.image import CardImage
 from reference.smartcard.apdu import SW1_BYTES_AVAILABLE, SW1_WRONG_LE, Command, Ins, Sw, cla_for
 from reference.smartcard.errors import (
     CardDataError,
