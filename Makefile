@@ -21,12 +21,12 @@ conformance: setup
 interop: setup
 	$(PY) -m pytest conformance -n $(JOBS) --report-dir reports $(INTEROP) $(ARGS)
 
-# Two pytest sessions: the project's own tests (some run nested pytest sessions of their own),
-# then the conformance suite against the reference implementation and lwm2m-node-lib (the interop
-# run, gated on fixtures/interop/baseline.toml; reports in reports/).
+# Two pytest sessions: the conformance suite against the reference implementation and
+# lwm2m-node-lib (the interop run, gated on fixtures/interop/baseline.toml; reports in reports/),
+# then the project's own tests (some run nested pytest sessions of their own).
 test: setup
-	$(PY) -m pytest tests -n $(JOBS) -q $(ARGS)
 	$(PY) -m pytest conformance -n $(JOBS) -q --report-dir reports $(INTEROP) $(ARGS)
+	$(PY) -m pytest tests -n $(JOBS) -q $(ARGS)
 
 bench: setup
 	$(PY) benchmarks/registration.py
