@@ -50,14 +50,13 @@ attributes-not-per-server      applies the attributes every server wrote to ever
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from typing import Any, Sequence
 
 from aiocoap import Code, Message
 
 from reference.client.access import AclRight
-from reference.client.cli import main as client_main
+from faulty import run_client_with_fault
 from reference.client.client import LwM2MClient, ServerSession
 from reference.client.objects import Obj
 from reference.client import attributes
@@ -208,10 +207,7 @@ FAULTS: dict[str, type[LwM2MClient]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--fault", required=True, choices=sorted(FAULTS))
-    ns, rest = pre.parse_known_args(argv)
-    return client_main(rest, client_cls=FAULTS[ns.fault])
+    return run_client_with_fault(FAULTS, argv)
 
 
 if __name__ == "__main__":

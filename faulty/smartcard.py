@@ -24,11 +24,10 @@ trusts-truncated            applies the complete objects of a truncated/corrupt 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import Any, Sequence
 
-from reference.client.cli import main as client_main
+from faulty import run_client_with_fault
 from reference.client.smartcard import SmartcardClient
 from reference.model.config import DeviceConfig
 from reference.model.path import Path
@@ -108,10 +107,7 @@ FAULTS: dict[str, type[SmartcardClient]] = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--fault", required=True, choices=sorted(FAULTS))
-    ns, rest = pre.parse_known_args(argv)
-    return client_main(rest, client_cls=FAULTS[ns.fault])
+    return run_client_with_fault(FAULTS, argv)
 
 
 if __name__ == "__main__":
