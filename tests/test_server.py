@@ -601,3 +601,23 @@ async def test_store_shards_and_reshard(tmp_path) -> None:
     third = RegistrationStore(path, shards=1)
     assert len(await third.open()) == 11
     await third.close()
+
+
+async def test_failed_commit_leaves_no_phantom_registration(server: LwM2MServer, coap, monkeypatch) -> None:
+    """A Register whose durable commit fails is answered 5.00 (RFC 7252 §5.9.3.1) and is not
+    listed; an endpoint's previous registration, still in the database, stays in force."""
+    assert (await register(coap, server, "keep")).code == Code.CREATED
+    old_location = server.get_client("keep").location_path
+
+    from reference.server import store as store_mod
+
+    def broken_commit(self) -> None:  # noqa: ANN001
+        self.db.execute("ROLLBACK")
+        raise store_mod.StoreError("disk full (simulated)")
+
+    monkeypatch.setattr(store_mod._Shard, "_commit", broken_commit)
+    assert (await register(coap, server, "ghost")).code == Code.INTERNAL_SERVER_ERROR
+    assert server.get_client("ghost") is None
+    assert (await register(coap, server, "keep", lt=30)).code == Code.INTERNAL_SERVER_ERROR
+    assert server.get_client("keep").location_path == old_location
+    assert [r.endpoint for r in server.clients()] == ["keep"]

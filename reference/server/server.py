@@ -230,7 +230,16 @@ class LwM2MServer:
         """Persist a new registration (replacing the endpoint's previous one), then announce."""
         if replaced is not None:
             self._forget_client(replaced)
-        await self.store.put(reg, replaced)
+        try:
+            await self.store.put(reg, replaced)
+        except Exception:
+            # The group commit failed and rolled back: the Register is answered 5.00, so the
+            # in-memory index must not keep a registration the database never got, and the
+            # previous one (still in the database) stays the endpoint's registration.
+            self.store.forget(reg)
+            if replaced is not None:
+                self.store.restore(replaced)
+            raise
         if self.charging is not None:  # charging hook
             self.charging.registered(reg, replaced)
         snap = (reg.snapshot(replaced_location=replaced.location_path) if replaced is not None

@@ -385,6 +385,15 @@ class RegistrationStore:
             return asyncio.gather(fut_old, fut)
         return fut
 
+    def forget(self, reg: Registration) -> None:
+        """Drop ``reg`` from the in-memory index only (its commit failed: it was never durable)."""
+        self._unindex(reg)
+
+    def restore(self, reg: Registration) -> None:
+        """Put ``reg`` back in the in-memory index (the commit that was to replace it failed, so
+        the database still holds it)."""
+        self._index(reg)
+
     def touch(self, reg: Registration) -> asyncio.Future:
         """Persist changed fields of an indexed registration (Update) and its new expiry."""
         heapq.heappush(self._heap, (reg.expires, reg.location))
