@@ -200,6 +200,10 @@ def pytest_cmdline_main(config: pytest.Config) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+    # The cases and fixtures are plain ``async def``: they need pytest-asyncio's auto mode even
+    # where no ini file of this project is in effect (an installed copy run from any directory).
+    if getattr(config.option, "asyncio_mode", None) is None and "asyncio_mode" not in config.inicfg:
+        config.option.asyncio_mode = "auto"
     if CONFIG_KEY in config.stash:
         return
     # catalogue
@@ -598,10 +602,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         return
     st = _item_state(item)
     verdict = verdict_of(call.excinfo)
-    st["verdicts"][call.when] = verdict
     exc = call.excinfo.value if call.excinfo is not None else None
+    if verdict is Verdict.FAIL and call.when != "call" and not isinstance(exc, Fail):
+        # outside the test body, only an explicit check is a verdict on the implementation;
+        # a fixture that breaks (or pytest refusing one) is a harness fault
+        verdict = Verdict.ERROR
+    st["verdicts"][call.when] = verdict
     rec: ev.Recorder | None = st.get("recorder")
-    if isinstance(exc, AssertionError):
+    if isinstance(exc, AssertionError) and verdict is Verdict.FAIL:
         rep.longrepr = _render_fail(item, exc, call, cc, rec)
     elif isinstance(exc, ConformanceError):
         rep.longrepr = f"{_location(call)}\nERROR: {exc.render()}"

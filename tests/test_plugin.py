@@ -300,6 +300,33 @@ def test_each_verdict_maps_to_pytest_outcome_and_report(pytester: pytest.Pyteste
     assert 'name="verdict" value="error"' in junit
 
 
+def test_broken_fixture_is_error_but_explicit_check_in_fixture_is_fail(pytester: pytest.Pytester) -> None:
+    """Outside the test body a plain assertion (a broken fixture) is a harness fault: verdict
+    error; an explicit check() that fails in a fixture is still a verdict on the implementation."""
+    write_test(pytester, """
+    @pytest.fixture
+    def broken():
+        assert False, "fixture bug"
+
+    @pytest.fixture
+    def dut_misbehaves():
+        check(False, expected="2.01 Created", actual="no answer")
+
+    @pytest.mark.requirement("LightweightM2M-HLF-00X1.6")
+    @pytest.mark.case("LWM2M-FW-001")
+    def test_fw_001(broken):
+        "LWM2M-FW-001"
+
+    @pytest.mark.requirement("LightweightM2M-HLF-00X1.6")
+    @pytest.mark.case("LWM2M-FW-002")
+    def test_fw_002(dut_misbehaves):
+        "LWM2M-FW-002"
+    """)
+    run(pytester)
+    results = json.loads((pytester.path / "reports" / "results.json").read_text())
+    assert {t["case"]: t["verdict"] for t in results["tests"]} == {"LWM2M-FW-001": "error", "LWM2M-FW-002": "fail"}
+
+
 def test_only_unsupported_and_inconclusive_exit_zero(pytester: pytest.Pytester) -> None:
     write_test(pytester, """
     @pytest.mark.requirement("DM-CP-6")
