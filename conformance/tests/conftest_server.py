@@ -87,15 +87,12 @@ class SuitePeer(ClientPeer):
 
 
 @dataclass
-class ServerSide:
-    """A running server DUT as the test sees it."""
+class _DutSide:
+    """A running DUT behind the suite's recording proxy, as a test sees it."""
 
     dut: Dut
     proxy: UdpProxy
     evidence: Recorder
-    make_proxy: Callable[..., Any]
-    peers: list[Any] = field(default_factory=list)
-    bridges: list[Any] = field(default_factory=list)
 
     @property
     def profile(self) -> Profile:
@@ -106,10 +103,6 @@ class ServerSide:
         return self.dut.adapter
 
     @property
-    def lwm2m(self) -> str:
-        return claimed_version(self.profile)
-
-    @property
     def address(self) -> tuple[str, int]:
         """Where the suite's clients send (the recording proxy in front of the DUT)."""
         return self.proxy.address
@@ -118,6 +111,25 @@ class ServerSide:
     def uri(self) -> str:
         host, port = self.address
         return f"coap://{host}:{port}"
+
+    async def raw(self, name: str = "raw") -> RawCoap:
+        r = RawCoap(self.address, name=name)
+        self.peers.append(r)  # type: ignore[attr-defined]
+        await r.start()
+        return r
+
+
+@dataclass
+class ServerSide(_DutSide):
+    """A running server DUT as the test sees it."""
+
+    make_proxy: Callable[..., Any]
+    peers: list[Any] = field(default_factory=list)
+    bridges: list[Any] = field(default_factory=list)
+
+    @property
+    def lwm2m(self) -> str:
+        return claimed_version(self.profile)
 
     def can(self, action: str) -> bool:
         return self.adapter.can(action)
@@ -131,12 +143,6 @@ class ServerSide:
         if start:
             await p.start()
         return p
-
-    async def raw(self, name: str = "raw") -> RawCoap:
-        r = RawCoap(self.address, name=name)
-        self.peers.append(r)
-        await r.start()
-        return r
 
     def exchange(self, last: int = 40) -> list[str]:
         """The recorded datagrams of the test (DUT-facing leg of the proxies)."""
@@ -177,29 +183,10 @@ class ServerSide:
 
 
 @dataclass
-class BootstrapSide:
+class BootstrapSide(_DutSide):
     """A running bootstrap-server DUT as the test sees it."""
 
-    dut: Dut
-    proxy: UdpProxy
-    evidence: Recorder
     peers: list[Any] = field(default_factory=list)
-
-    @property
-    def profile(self) -> Profile:
-        return self.dut.profile
-
-    @property
-    def adapter(self) -> Any:
-        return self.dut.adapter
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.proxy.address
-
-    @property
-    def uri(self) -> str:
-        return f"coap://{self.address[0]}:{self.address[1]}"
 
     async def peer(self, endpoint: str | None = None, *, start: bool = True, **kw: Any) -> ClientPeer:
         """A started :class:`ClientPeer` in bootstrap mode, empty except for Device /3/0."""
@@ -211,12 +198,6 @@ class BootstrapSide:
         if start:
             await p.start()
         return p
-
-    async def raw(self, name: str = "raw") -> RawCoap:
-        r = RawCoap(self.address, name=name)
-        self.peers.append(r)
-        await r.start()
-        return r
 
     async def configure(self, endpoint: str, config: dict[str, Any]) -> ActionResult:
         res = await self.adapter.configure(endpoint, config)
