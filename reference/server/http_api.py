@@ -37,6 +37,7 @@ from reference.server.dm import DmError, values_from_json
 from reference.server.events import EventKind
 
 if TYPE_CHECKING:
+    from reference.model.path import Path
     from reference.server.server import LwM2MServer
 
 FORMAT_NAMES: dict[str, int] = {
@@ -182,7 +183,9 @@ class HttpApi:
                                    timeout=_timeout(request))
         return _json(r.to_json())
 
-    async def _write(self, request: web.Request, replace: bool) -> web.Response:
+    async def _content(self, request: web.Request) -> tuple[Path, dict[str, Any]]:
+        """The target path and the content keywords of a write/create body: either raw bytes
+        (``payload_hex`` + ``content_format``) or values encoded by the server (``values``/``value``)."""
         body = await _body(request)
         s = self.server
         path = s._path(_path(request))
@@ -192,13 +195,13 @@ class HttpApi:
                 payload = bytes.fromhex(body["payload_hex"])
             except (ValueError, TypeError):
                 raise DmError(400, "payload_hex is not hexadecimal") from None
-            cf = parse_format(body.get("content_format", fmt))
-            r = await s.write(request.match_info["ep"], path, payload=payload, fmt=cf,
-                              replace=replace, timeout=_timeout(request))
-        else:
-            values = values_from_json(body, path, s.registry)
-            r = await s.write(request.match_info["ep"], path, values, fmt=fmt, replace=replace,
-                              timeout=_timeout(request))
+            return path, {"payload": payload, "fmt": parse_format(body.get("content_format", fmt))}
+        return path, {"values": values_from_json(body, path, s.registry), "fmt": fmt}
+
+    async def _write(self, request: web.Request, replace: bool) -> web.Response:
+        path, content = await self._content(request)
+        r = await self.server.write(request.match_info["ep"], path, replace=replace,
+                                    timeout=_timeout(request), **content)
         return _json(r.to_json())
 
     async def write(self, request: web.Request) -> web.Response:
@@ -208,22 +211,8 @@ class HttpApi:
         return await self._write(request, False)
 
     async def create(self, request: web.Request) -> web.Response:
-        body = await _body(request)
-        s = self.server
-        path = s._path(_path(request))
-        fmt = parse_format(body.get("format", request.query.get("format")))
-        if "payload_hex" in body:
-            try:
-                payload = bytes.fromhex(body["payload_hex"])
-            except (ValueError, TypeError):
-                raise DmError(400, "payload_hex is not hexadecimal") from None
-            r = await s.create(request.match_info["ep"], path, payload=payload,
-                               fmt=parse_format(body.get("content_format", fmt)),
-                               timeout=_timeout(request))
-        else:
-            values = values_from_json(body, path, s.registry)
-            r = await s.create(request.match_info["ep"], path, values, fmt=fmt,
-                               timeout=_timeout(request))
+        path, content = await self._content(request)
+        r = await self.server.create(request.match_info["ep"], path, timeout=_timeout(request), **content)
         return _json(r.to_json())
 
     async def delete(self, request: web.Request) -> web.Response:
