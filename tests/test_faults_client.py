@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path as FsPath
 
 import pytest
+
+from tests.faultrun import Verdicts, faulty_client_profile, run_cases, verdicts_of
 
 ROOT = FsPath(__file__).resolve().parent.parent
 REFERENCE_PROFILE = ROOT / "fixtures" / "profiles" / "reference-client.toml"
@@ -42,52 +43,30 @@ CAUGHT_BY: dict[str, list[str]] = {
 
 
 def faulty_profile(tmp: FsPath, fault: str) -> FsPath:
-    """The reference client's profile with every start command replaced by the faulty variant."""
-    text = REFERENCE_PROFILE.read_text()
-    assert text.count('"lwm2m-client", ') >= 1, "reference profile no longer starts lwm2m-client"
-    text = text.replace('"lwm2m-client", ', f'"{{python}}", "-m", "faulty.client", "--fault", "{fault}", ')
-    text = text.replace('name = "lwm2m-reference-client"', f'name = "faulty-client-{fault}"')
-    assert f"faulty-client-{fault}" in text
-    p = tmp / f"faulty-client-{fault}.toml"
-    p.write_text(text)
-    return p
+    return faulty_client_profile(tmp, REFERENCE_PROFILE, "faulty.client", fault, f"faulty-client-{fault}")
 
 
-def run_cases(tmp: FsPath, profile: FsPath, cases: list[str], jobs: int = 0) -> dict[tuple[str, str], str]:
-    """{(case, dut profile id): verdict} of one bounded suite run of the client test modules."""
-    report = tmp / "report"
-    cmd = [sys.executable, "-m", "pytest", *sorted(str(p) for p in TESTS.glob("test_client_*.py")),
-           "-q", "-p", "no:cacheprovider", "--report-dir", str(report), "--dut", str(profile)]
-    cmd += ["-n", str(jobs)] if jobs else ["-p", "no:xdist"]
-    for c in cases:
-        cmd += ["--case", c]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
-    junit = report / "junit.xml"
-    assert junit.exists(), f"no JUnit report; exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
-    out: dict[tuple[str, str], str] = {}
-    for tc in ET.parse(junit).getroot().iter("testcase"):
-        props = {p.get("name"): p.get("value") for p in tc.iter("property")}
-        out[(str(props.get("case")), str(props.get("dut")))] = str(props.get("verdict"))
-    return out
+def run_client_cases(tmp: FsPath, profile: FsPath, cases: list[str], jobs: int = 0) -> Verdicts:
+    return run_cases(tmp, sorted(TESTS.glob("test_client_*.py")), [profile], cases, jobs=jobs, timeout=240)
 
 
 def test_reference_passes_every_catching_case(tmp_path: FsPath) -> None:
     """The unmodified reference client passes every case a fault is caught by (else a fault
     "caught" might only be a test that always fails)."""
     cases = sorted({c for cs in CAUGHT_BY.values() for c in cs})
-    verdicts = run_cases(tmp_path, REFERENCE_PROFILE, cases, jobs=2)
+    verdicts = run_client_cases(tmp_path, REFERENCE_PROFILE, cases, jobs=2)
     got = {c: v for (c, _), v in verdicts.items()}
     assert set(got) == set(cases), f"cases not run: {sorted(set(cases) - set(got))} (all: {verdicts})"
-    bad = {c: v for c, v in got.items() if v != "pass"}
+    bad = {c: v for c, v in got.items() if v != ["pass"]}
     assert not bad, f"reference client verdicts other than pass: {bad}"
 
 
 @pytest.mark.parametrize("fault", sorted(CAUGHT_BY))
 def test_fault_is_caught(fault: str, tmp_path: FsPath) -> None:
     cases = CAUGHT_BY[fault]
-    verdicts = run_cases(tmp_path, faulty_profile(tmp_path, fault), cases)
+    verdicts = run_client_cases(tmp_path, faulty_profile(tmp_path, fault), cases)
     for case in cases:
-        got = [v for (c, dut), v in verdicts.items() if c == case and dut.startswith(f"faulty-client-{fault}")]
+        got = verdicts_of(verdicts, case, f"faulty-client-{fault}")
         assert got == ["fail"], f"{case}: fault {fault!r} verdicts {got} (all: {verdicts})"
 
 

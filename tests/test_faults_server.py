@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+
+from tests.faultrun import Verdicts, run_cases
 
 ROOT = Path(__file__).resolve().parent.parent
 PROFILES = ROOT / "fixtures" / "profiles"
@@ -122,26 +121,14 @@ def claim_for(case: str, profile: Path) -> Path:
     return profile
 
 
-def run_cases(profiles: list[Path], cases: list[str], tmp: Path) -> dict[tuple[str, str], list[str]]:
+def run_server_cases(profiles: list[Path], cases: list[str], tmp: Path) -> Verdicts:
     """Run the conformance cases against every profile (one nested pytest session); return
     (case ID, DUT id) -> verdicts of the items."""
-    report = tmp / "report"
-    argv = [sys.executable, "-m", "pytest", *case_files(cases), "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "no:hypothesispytest",
-            "--report-dir", str(report), "--dut-timeout", "20"]
-    for p in profiles:
-        argv += ["--dut", str(p)]
+    extra = ["-p", "no:hypothesispytest", "--dut-timeout", "20"]
     for c in cases:
-        argv += ["--case", c]
         if c in CASE_SELECT:
-            argv += ["-k", CASE_SELECT[c]]
-    proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    junit = report / "junit.xml"
-    assert junit.exists(), f"no JUnit report; pytest said:\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
-    out: dict[tuple[str, str], list[str]] = {}
-    for tc in ET.parse(junit).getroot().iter("testcase"):
-        props = {p.get("name"): p.get("value") for p in tc.iter("property")}
-        out.setdefault((props.get("case", "?"), props.get("dut", "?")), []).append(props.get("verdict", "?"))
-    return out
+            extra += ["-k", CASE_SELECT[c]]
+    return run_cases(tmp, case_files(cases), profiles, cases, extra=extra)
 
 
 def _by_case(table: dict[str, list[str]]) -> dict[str, list[str]]:
@@ -172,7 +159,7 @@ def test_server_faults_fail_case(case: str, tmp_path: Path) -> None:
     faults = {f: f"faulty-server-{f}" for f in SERVER_CASES[case]}
     profiles = [claim_for(case, server_profile(tmp_path, None))] + \
         [claim_for(case, server_profile(tmp_path, f)) for f in faults]
-    _check(run_cases(profiles, [case], tmp_path), case, "reference-server-as-generated", faults)
+    _check(run_server_cases(profiles, [case], tmp_path), case, "reference-server-as-generated", faults)
 
 
 @pytest.mark.slow
@@ -181,7 +168,7 @@ def test_bootstrap_faults_fail_case(case: str, tmp_path: Path) -> None:
     """The case is PASS against the reference bootstrap server and FAIL against each fault."""
     faults = {f: f"faulty-bootstrap-{f}" for f in BOOTSTRAP_CASES[case]}
     profiles = [bootstrap_profile(tmp_path, None)] + [bootstrap_profile(tmp_path, f) for f in faults]
-    _check(run_cases(profiles, [case], tmp_path), case, "reference-bootstrap-as-generated", faults)
+    _check(run_server_cases(profiles, [case], tmp_path), case, "reference-bootstrap-as-generated", faults)
 
 
 def test_every_fault_is_listed() -> None:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path as FsPath
 
 import pytest
+
+from tests.faultrun import Verdicts, faulty_client_profile, run_cases, verdicts_of
 
 ROOT = FsPath(__file__).resolve().parent.parent
 REFERENCE_PROFILE = ROOT / "fixtures" / "profiles" / "reference-client.toml"
@@ -31,46 +32,24 @@ CAUGHT_BY = {
 
 
 def faulty_profile(tmp: FsPath, fault: str) -> FsPath:
-    """The reference client's profile with every start command replaced by the faulty variant."""
-    text = REFERENCE_PROFILE.read_text()
-    assert text.count('"lwm2m-client", ') >= 1, "reference profile no longer starts lwm2m-client"
-    text = text.replace('"lwm2m-client", ', f'"{{python}}", "-m", "faulty.smartcard", "--fault", "{fault}", ')
-    text = text.replace('name = "lwm2m-reference-client"', f'name = "faulty-smartcard-{fault}"')
-    assert f"faulty-smartcard-{fault}" in text
-    p = tmp / f"faulty-{fault}.toml"
-    p.write_text(text)
-    return p
+    return faulty_client_profile(tmp, REFERENCE_PROFILE, "faulty.smartcard", fault, f"faulty-smartcard-{fault}")
 
 
-def run_cases(tmp: FsPath, profiles: list[FsPath], cases: list[str]) -> dict[tuple[str, str], str]:
-    """{(case, dut profile id): verdict} of one bounded suite run."""
-    report = tmp / "report"
-    cmd = [sys.executable, "-m", "pytest", str(ROOT / "conformance" / "tests" / "test_smartcard_client.py"),
-           "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "--report-dir", str(report)]
-    for p in profiles:
-        cmd += ["--dut", str(p)]
-    for c in cases:
-        cmd += ["--case", c]
+def run_smartcard_cases(tmp: FsPath, profiles: list[FsPath], cases: list[str]) -> Verdicts:
     # the faults are in the client's card logic, not in the transport: card image files keep these
     # runs off the machine-wide PC/SC lock (the conformance run itself covers real PC/SC)
     env = {**os.environ, "LWM2M_CARD_TRANSPORT": "image"}
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, env=env)
-    junit = report / "junit.xml"
-    assert junit.exists(), f"no JUnit report; exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-2000:]}"
-    out: dict[tuple[str, str], str] = {}
-    for tc in ET.parse(junit).getroot().iter("testcase"):
-        props = {p.get("name"): p.get("value") for p in tc.iter("property")}
-        out[(str(props.get("case")), str(props.get("dut")))] = str(props.get("verdict"))
-    return out
+    return run_cases(tmp, [ROOT / "conformance" / "tests" / "test_smartcard_client.py"], profiles, cases,
+                     env=env, timeout=240)
 
 
 @pytest.mark.parametrize("fault", sorted(CAUGHT_BY))
 def test_fault_is_caught_and_reference_passes(fault: str, tmp_path: FsPath) -> None:
     cases = CAUGHT_BY[fault]
-    verdicts = run_cases(tmp_path, [REFERENCE_PROFILE, faulty_profile(tmp_path, fault)], cases)
+    verdicts = run_smartcard_cases(tmp_path, [REFERENCE_PROFILE, faulty_profile(tmp_path, fault)], cases)
     for case in cases:
-        ref = [v for (c, dut), v in verdicts.items() if c == case and dut.startswith("lwm2m-reference-client")]
-        bad = [v for (c, dut), v in verdicts.items() if c == case and dut.startswith(f"faulty-smartcard-{fault}")]
+        ref = verdicts_of(verdicts, case, "lwm2m-reference-client")
+        bad = verdicts_of(verdicts, case, f"faulty-smartcard-{fault}")
         assert ref == ["pass"], f"{case}: reference verdicts {ref} (all: {verdicts})"
         assert bad == ["fail"], f"{case}: fault {fault!r} verdicts {bad} (all: {verdicts})"
 
