@@ -74,6 +74,24 @@ def code_str(code: Code | int | None) -> str:
     return f"{c >> 5}.{c & 0x1F:02d}"
 
 
+
+def _registration_params(lifetime: int | str | None, binding: str | None, sms: str | None,
+                         queue: bool, lwm2m: str | None = None) -> list[str]:
+    """The Uri-Query parameters shared by Register and Update (Core 1.1.1 §6.2.1, §6.2.2) in the
+    order the suite sends them (lwm2m is Register's only); None (or False for Q) leaves one out."""
+    q: list[str] = []
+    if lifetime is not None:
+        q.append(f"lt={lifetime}")
+    if lwm2m is not None:
+        q.append(f"lwm2m={lwm2m}")
+    if binding is not None:
+        q.append(f"b={binding}")
+    if sms is not None:
+        q.append(f"sms={sms}")
+    if queue:
+        q.append("Q")
+    return q
+
 class PeerError(Exception):
     """Base class of the errors a peer's own request can end with."""
 
@@ -555,17 +573,8 @@ class ClientPeer(CoapPeerBase):
             ep = self.endpoint if endpoint is _UNSET else endpoint
             if ep is not None:
                 q.append(f"ep={ep}")
-            if lifetime is not None:
-                q.append(f"lt={lifetime}")
             ver = self.lwm2m if lwm2m is _UNSET else lwm2m
-            if ver is not None:
-                q.append(f"lwm2m={ver}")
-            if binding is not None:
-                q.append(f"b={binding}")
-            if sms is not None:
-                q.append(f"sms={sms}")
-            if queue:
-                q.append("Q")
+            q.extend(_registration_params(lifetime, binding, sms, queue, ver))
             q.extend(extra_query)
         else:
             q = list(query)
@@ -595,15 +604,7 @@ class ClientPeer(CoapPeerBase):
         if loc is None:
             raise PeerError(f"{self.name}: no registration location (register first)")
         if query is None:
-            q: list[str] = []
-            if lifetime is not None:
-                q.append(f"lt={lifetime}")
-            if binding is not None:
-                q.append(f"b={binding}")
-            if sms is not None:
-                q.append(f"sms={sms}")
-            if queue:
-                q.append("Q")
+            q = _registration_params(lifetime, binding, sms, queue)
         else:
             q = list(query)
         payload = links.encode() if isinstance(links, str) else (links or b"")

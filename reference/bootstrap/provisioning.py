@@ -208,15 +208,7 @@ def parse_csv(text: str, name: str = "<csv>") -> list[DeviceConfig]:
             except ValueError as e:
                 errors.append(f"{name}:{line}: {e}")
                 continue
-            problems = validate(cfg)
-            if problems:
-                errors.append(f"{name}:{line}: {cfg.endpoint}: " + "; ".join(problems))
-                continue
-            if cfg.endpoint in seen:
-                errors.append(f"{name}:{line}: endpoint {cfg.endpoint!r} already on line {seen[cfg.endpoint]}")
-                continue
-            seen[cfg.endpoint] = line
-            out.append(cfg)
+            _accept(cfg, f"{name}:{line}", line, seen, out, errors)
     except csv.Error as e:
         errors.append(f"{name}:{reader.line_num}: CSV syntax: {e}")
     if header is None and not errors:
@@ -240,6 +232,20 @@ def _element_lines(text: str) -> list[int]:
             return lines
         lines.append(text.count("\n", 0, i) + 1)
         _, i = dec.raw_decode(text, i)
+
+
+def _accept(cfg: DeviceConfig, where: str, line: int, seen: dict[str, int], out: list[DeviceConfig],
+            errors: list[str]) -> None:
+    """Add a parsed configuration to ``out``, or its problems (inconsistent, or an endpoint already
+    given on an earlier line) to ``errors``: the checks every bulk format shares."""
+    problems = validate(cfg)
+    if problems:
+        errors.append(f"{where}: {cfg.endpoint}: " + "; ".join(problems))
+    elif cfg.endpoint in seen:
+        errors.append(f"{where}: endpoint {cfg.endpoint!r} already on line {seen[cfg.endpoint]}")
+    else:
+        seen[cfg.endpoint] = line
+        out.append(cfg)
 
 
 def parse_json(text: str, name: str = "<json>") -> list[DeviceConfig]:
@@ -273,15 +279,7 @@ def parse_json(text: str, name: str = "<json>") -> list[DeviceConfig]:
         except (TypeError, ValueError) as e:  # from_dict is strict about shapes but not exhaustive
             errors.append(f"{where}: {e}")
             continue
-        problems = validate(cfg)
-        if problems:
-            errors.append(f"{where}: {cfg.endpoint}: " + "; ".join(problems))
-            continue
-        if cfg.endpoint in seen:
-            errors.append(f"{where}: endpoint {cfg.endpoint!r} already on line {seen[cfg.endpoint]}")
-            continue
-        seen[cfg.endpoint] = line
-        out.append(cfg)
+        _accept(cfg, where, line, seen, out, errors)
     if errors:
         raise ProvisioningError(errors)
     return out
