@@ -199,8 +199,23 @@ class RequestKind(str, enum.Enum):
     OTHER = "other"
 
 
+class _MessageView:
+    """Accessors over the recorded CoAP message ``msg`` shared by requests and notifications."""
+
+    msg: Message
+
+    @property
+    def payload(self) -> bytes:
+        return bytes(self.msg.payload)
+
+    @property
+    def content_format(self) -> int | None:
+        cf = self.msg.opt.content_format
+        return None if cf is None else int(cf)
+
+
 @dataclass
-class IncomingRequest:
+class IncomingRequest(_MessageView):
     """A request the DUT sent to a peer, with the peer's answer once given."""
 
     index: int
@@ -228,15 +243,6 @@ class IncomingRequest:
     @property
     def query_list(self) -> list[str]:
         return list(self.msg.opt.uri_query)
-
-    @property
-    def payload(self) -> bytes:
-        return bytes(self.msg.payload)
-
-    @property
-    def content_format(self) -> int | None:
-        cf = self.msg.opt.content_format
-        return None if cf is None else int(cf)
 
     @property
     def confirmable(self) -> bool:
@@ -610,7 +616,7 @@ class Registration:
 
 
 @dataclass
-class Notification:
+class Notification(_MessageView):
     """One notification of an observation (RFC 7641 §4.2) with its arrival time."""
 
     t: float
@@ -619,15 +625,6 @@ class Notification:
     @property
     def observe(self) -> int | None:
         return self.msg.opt.observe
-
-    @property
-    def payload(self) -> bytes:
-        return bytes(self.msg.payload)
-
-    @property
-    def content_format(self) -> int | None:
-        cf = self.msg.opt.content_format
-        return None if cf is None else int(cf)
 
     @property
     def code(self) -> str:
